@@ -17,9 +17,11 @@ class Distiller(torch.nn.Module):
 
     Arguments
     ---------
-    loss : torch.nn.Module or str
+    loss : torch.nn.Module or str or None
         A distillation loss following the registry's call contract, or the
-        registry name of one (built with ``loss_kwargs``).
+        registry name of one (built with ``loss_kwargs``). None trains the
+        plain student (the task term alone): the baseline row of a table,
+        with the same recipe and the same log.
     projection : torch.nn.Module, optional
         Head mapping the raw teacher embedding ``E_T`` to ``F_T`` (usually
         :class:`~speechbrain_xmkd.ProjectionHead`). None: ``F_T = E_T``.
@@ -64,6 +66,8 @@ class Distiller(torch.nn.Module):
         loss_kwargs=None,
     ):
         super().__init__()
+        if loss is None and task_loss is None:
+            raise ValueError("Distiller: with loss=None a task_loss is needed (nothing to train)")
         if isinstance(loss, str):
             loss = build_loss(loss, **(loss_kwargs or {}))
         elif loss_kwargs:
@@ -79,6 +83,11 @@ class Distiller(torch.nn.Module):
         self.task_loss = task_loss
         self.weight = float(weight)
         self.term_name = getattr(loss, "registry_name", type(loss).__name__)
+
+    @property
+    def distills(self):
+        """Whether this objective uses the teacher at all."""
+        return self.loss is not None
 
     def project(self, teacher_embedding):
         """Returns ``F_T`` for raw teacher embeddings ``E_T``."""
@@ -110,11 +119,13 @@ class Distiller(torch.nn.Module):
         """
         student = as_rows(student, "student")
         check_batch(student, "student")
-        teacher = as_rows(teacher, "teacher")
         includes_task = getattr(self.loss, "includes_task", False)
         terms = {}
         if self.task_loss is not None and not includes_task:
             terms["task"] = self._task(student, labels)
+        if self.loss is None:
+            return terms
+        teacher = as_rows(teacher, "teacher")
 
         # Rows without a usable teacher input leave the distillation terms.
         # With classifier sharing their task CE is computed apart, at the
@@ -132,6 +143,10 @@ class Distiller(torch.nn.Module):
                 share = kept / mask.shape[0]
                 terms["task"] = (1.0 - share) * 0.5 * self._task(student[~mask], rest)
             if kept == 0:
+                # A zero that still touches every trainable parameter, so
+                # DDP's gradient reduction sees them used this step.
+                trainable = [p.sum() for p in self.parameters() if p.requires_grad]
+                terms[self.term_name] = 0.0 * sum(trainable) if trainable else student.new_zeros(())
                 return terms
             if kept < mask.shape[0]:
                 student, teacher = student[mask], teacher[mask]

@@ -75,7 +75,7 @@ def test_mask_drops_rows_without_teacher():
     distiller = Distiller(SoftFeatureLoss(distance="squared_l2"))
     terms = distiller(s, t, mask=torch.tensor([True, False, True]))
     assert terms["soft_feature"].item() == pytest.approx((1 + 4) / 2)
-    assert distiller(s, t, mask=torch.zeros(3, dtype=torch.bool)) == {}
+    assert distiller(s, t, mask=torch.zeros(3, dtype=torch.bool))["soft_feature"].item() == 0.0
     with pytest.raises(ValueError, match="mask has 2 entries for a batch of 3"):
         distiller(s, t, mask=torch.tensor([True, False]))
 
@@ -124,3 +124,14 @@ def test_distiller_arguments_checked():
     distiller, _, _ = _speaker_setup("soft_feature")
     with pytest.raises(ValueError, match="task loss needs labels"):
         distiller(torch.randn(2, 8), torch.randn(2, 12))
+
+
+def test_plain_student_without_distillation():
+    head = torch.nn.Linear(4, 3)
+    distiller = Distiller(None, classifier=head, task_loss=torch.nn.functional.cross_entropy)
+    s, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    terms = distiller(s, None, y)
+    assert list(terms) == ["task"] and not distiller.distills
+    assert terms["task"].item() == pytest.approx(torch.nn.functional.cross_entropy(head(s), y).item())
+    with pytest.raises(ValueError, match="with loss=None a task_loss is needed"):
+        Distiller(None)
