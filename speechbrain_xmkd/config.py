@@ -18,7 +18,8 @@ def select(options, name, what="option"):
     Arguments
     ---------
     options : dict
-        Name -> object, ``!name:`` partial (built with no arguments), or None.
+        Name -> object, ``!name:`` partial or class (built with no
+        arguments), or None.
     name : str
         The choice; an unknown name is an error listing the valid ones.
     what : str
@@ -32,18 +33,20 @@ def select(options, name, what="option"):
     Example
     -------
     >>> import functools
-    >>> opts = {"none": None, "list": functools.partial(list, "ab")}
-    >>> select(opts, "list")
-    ['a', 'b']
+    >>> opts = {"none": None, "list": functools.partial(list, "ab"), "dict": dict}
+    >>> select(opts, "list"), select(opts, "dict"), select(opts, "none")
+    (['a', 'b'], {}, None)
     >>> select(opts, "lst", what="method")
     Traceback (most recent call last):
     ...
-    KeyError: "unknown method 'lst'; valid: list, none"
+    KeyError: "unknown method 'lst'; valid: dict, list, none"
     """
     key = str(name).lower() if isinstance(name, bool) else name
     if key not in options:
         raise KeyError(f"unknown {what} '{name}'; valid: " + ", ".join(sorted(map(str, options))))
     chosen = options[key]
-    if isinstance(chosen, functools.partial):
+    # hyperpyyaml turns `!name:Class` with arguments into a partial and
+    # without arguments into the class itself: both are built here.
+    if isinstance(chosen, (functools.partial, type)):
         return chosen()
     return chosen
