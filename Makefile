@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-library bench clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +19,19 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The speaker recipe end to end on the embedded audio-visual corpus: generate
+# it, train the small face teacher, distil into a speech student, score trials.
 demo: $(STAMP)
+	$(BIN)/python recipes/VoxCeleb/train.py recipes/VoxCeleb/hparams/synthetic_xmkd.yaml $(DEMO_ARGS)
+
+# The library alone: distillation objects from a yaml on random tensors.
+demo-library: $(STAMP)
 	$(BIN)/python recipes/Demo/demo.py recipes/Demo/hparams/demo.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/loss_overhead.py
+	$(BIN)/python benchmarks/step_overhead.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -20,6 +20,9 @@ What the yaml provides (``hparams``):
   runs on it under ``torch.no_grad`` (optionally after ``teacher_augment``
   in training). The teacher is never in ``modules``: the optimizer never
   sees it, DDP never wraps it and ``modules.train()`` never flips it.
+- ``student_augment`` (optional): a SpeechBrain ``Augmenter`` the recipe
+  applies to the student input in training; labels and teacher rows are
+  replicated to match the grown batch.
 - ``lr_annealing`` (``epoch -> (old, new)``), ``train_logger``,
   ``error_stats``, ``checkpointer``; optional ``ckpt_key`` (default
   ``"ErrorRate"``, lower is better) and ``keep_checkpoints`` (default 1).
@@ -127,6 +130,15 @@ class XMKDBrain(sb.core.Brain):
             teacher, mask = self.teacher_embeddings(batch, stage)
         else:
             teacher, mask = None, None
+        augment = getattr(self.hparams, "student_augment", None)
+        if stage == sb.Stage.TRAIN and augment is not None and embeddings.shape[0] != labels.shape[0]:
+            # SpeechBrain's Augmenter concatenates augmented copies to the
+            # batch: every per-sample target follows them.
+            labels = augment.replicate_labels(labels)
+            if teacher is not None:
+                teacher = augment.replicate_labels(teacher)
+            if mask is not None:
+                mask = augment.replicate_labels(mask)
         terms = self.modules.distiller(embeddings, teacher, labels, mask=mask)
         loss = sum(terms.values())
 

@@ -34,6 +34,8 @@ class Distiller(torch.nn.Module):
         ``LogSoftmaxWrapper(AdditiveAngularMargin(...))`` with
         ``[batch, 1, classes]`` logits and ``[batch, 1]`` labels). Skipped when
         the distillation loss already includes the task (classifier sharing).
+        A task loss with ``takes_embeddings = True`` also gets
+        ``embeddings=F_S`` (angular prototypical + softmax).
     weight : float
         Weight of the distillation term(s) (``lambda``; 1 in the paper).
     loss_kwargs : dict, optional
@@ -171,9 +173,12 @@ class Distiller(torch.nn.Module):
         if labels is None:
             raise ValueError("Distiller: the task loss needs labels")
         logits = self.classifier(student)
-        if logits.dim() == 2:
-            return self.task_loss(logits, labels.reshape(-1).long())
-        return self.task_loss(logits, labels.reshape(-1, 1))
+        labels = labels.reshape(-1).long() if logits.dim() == 2 else labels.reshape(-1, 1)
+        # Metric-learning task losses (angular prototypical + softmax) also
+        # need the embeddings themselves.
+        if getattr(self.task_loss, "takes_embeddings", False):
+            return self.task_loss(logits, labels, embeddings=student)
+        return self.task_loss(logits, labels)
 
     @staticmethod
     def _reduce(value, weights):
