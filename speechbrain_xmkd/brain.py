@@ -16,9 +16,11 @@ What the yaml provides (``hparams``):
   ``<label_key>_encoded``.
 - Teacher embeddings come from the batch: ``teacher_emb`` (from the
   teacher-embedding cache) and ``has_teacher`` (bool mask); or, when the
-  batch has ``teacher_input`` instead, the frozen ``teacher`` in hparams
-  runs on it under ``torch.no_grad`` (optionally after ``teacher_augment``
-  in training). The teacher is never in ``modules``: the optimizer never
+  batch has ``teacher_input`` instead (decoded uint8 images ``[B, H, W, 3]``),
+  the frozen ``teacher`` in hparams (with a ``preprocess`` method, e.g. a
+  :class:`~speechbrain_xmkd.teachers.FrozenTeacher`) runs on it under
+  ``torch.no_grad``, after ``teacher_augment`` in training (e.g.
+  :class:`~speechbrain_xmkd.teachers.FaceAugment`). The teacher is never in ``modules``: the optimizer never
   sees it, DDP never wraps it and ``modules.train()`` never flips it.
 - ``student_augment`` (optional): a SpeechBrain ``Augmenter`` the recipe
   applies to the student input in training; labels and teacher rows are
@@ -108,10 +110,12 @@ class XMKDBrain(sb.core.Brain):
             )
         inputs = _data(batch.teacher_input)
         augment = getattr(self.hparams, "teacher_augment", None)
-        if stage == sb.Stage.TRAIN and augment is not None:
-            inputs = augment(inputs)
         with torch.no_grad():
-            embeddings = teacher(inputs)
+            if augment is not None and stage == sb.Stage.TRAIN:
+                # Pixel-scale [B, 3, H, W] in, the teacher's own preprocessing after.
+                pixels = inputs.permute(0, 3, 1, 2).float() if inputs.shape[-1] == 3 else inputs.float()
+                inputs = augment(pixels)
+            embeddings = teacher(teacher.preprocess(inputs))
         mask = getattr(batch, "has_teacher", None)
         return embeddings, None if mask is None else _data(mask).to(torch.bool)
 

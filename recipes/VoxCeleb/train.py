@@ -34,7 +34,7 @@ from speechbrain_xmkd.audio import random_crop, read_segment, tile  # noqa: E402
 from speechbrain_xmkd.brain import XMKDBrain  # noqa: E402
 from speechbrain_xmkd.config import select  # noqa: E402
 from speechbrain_xmkd.subsets import fraction_per_class  # noqa: E402
-from speechbrain_xmkd.teachers import FrozenTeacher, build_or_load_cache  # noqa: E402
+from speechbrain_xmkd.teachers import FrozenTeacher, build_or_load_cache, load_face_image  # noqa: E402
 from speechbrain_xmkd.verification import evaluate_trials  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,20 @@ def dataio_prep(hparams, teacher_cache):
         yield spk_id
         yield label_encoder.encode_sequence_torch([spk_id])
 
+    if teacher_cache is None and hparams.get("teacher_augment") is not None:
+        # Face augmentation: the teacher runs every step on decoded faces.
+        size = hparams["teacher"].input_size or 112
+
+        @sb.utils.data_pipeline.takes("id", "face")
+        @sb.utils.data_pipeline.provides("teacher_input", "has_teacher")
+        def face_pipeline(utt_id, face):
+            if face:
+                yield torch.from_numpy(load_face_image(face, size=size))
+                yield torch.tensor([True])
+            else:
+                yield torch.zeros(size, size, 3, dtype=torch.uint8)
+                yield torch.tensor([False])
+
     if teacher_cache is not None:
 
         @sb.utils.data_pipeline.takes("face")
@@ -153,13 +167,16 @@ def dataio_prep(hparams, teacher_cache):
                 yield torch.tensor([False])
 
     keys = ["id", "sig", "spk_id_encoded"]
+    teacher_item = None
+    if teacher_cache is not None:
+        teacher_item, keys = teacher_pipeline, keys + ["teacher_emb", "has_teacher"]
+    elif hparams.get("teacher_augment") is not None and hparams["distiller"].distills:
+        teacher_item, keys = face_pipeline, keys + ["teacher_input", "has_teacher"]
     for split, dataset in datasets.items():
         sb.dataio.dataset.add_dynamic_item([dataset], train_audio if split == "train" else valid_audio)
         sb.dataio.dataset.add_dynamic_item([dataset], label_pipeline)
-        if teacher_cache is not None:
-            sb.dataio.dataset.add_dynamic_item([dataset], teacher_pipeline)
-    if teacher_cache is not None:
-        keys += ["teacher_emb", "has_teacher"]
+        if teacher_item is not None:
+            sb.dataio.dataset.add_dynamic_item([dataset], teacher_item)
     sb.dataio.dataset.set_output_keys(list(datasets.values()), keys)
 
     label_encoder.load_or_create(
@@ -200,7 +217,13 @@ def main(argv):
         hparams["train_annotation"] = subset
     distiller = hparams["distiller"]
     teacher_cache = None
-    if distiller.distills:
+    if distiller.distills and hparams.get("teacher_augment") is not None:
+        # Augmented faces change every step: no cache, the teacher runs online.
+        setup = hparams.get("prepare_teacher")
+        if setup is not None:
+            run_on_main(setup, kwargs={"run_opts": {"device": run_opts.get("device") or "cpu"}})
+        hparams["teacher"] = FrozenTeacher(select(hparams["teachers"], hparams["teacher_kind"], "teacher_kind"))
+    elif distiller.distills:
         teacher_cache = build_teacher_cache(
             hparams, run_opts, [hparams["train_annotation"], hparams["valid_annotation"]]
         )

@@ -1,6 +1,7 @@
 """Frozen teachers for cross-modal distillation, their safe loading and the
 teacher-embedding cache."""
 
+from speechbrain_xmkd.teachers.augment import FaceAugment
 from speechbrain_xmkd.teachers.cache import (
     TeacherEmbeddingCache,
     build_or_load_cache,
@@ -20,6 +21,7 @@ from speechbrain_xmkd.teachers.face import (
 
 __all__ = [
     "CheckpointError",
+    "FaceAugment",
     "FacenetInceptionResnetV1",
     "FrozenTeacher",
     "IR50",
