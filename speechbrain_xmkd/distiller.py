@@ -112,7 +112,8 @@ class Distiller(torch.nn.Module):
         mask : torch.Tensor, optional
             Bool ``[batch]``: samples that have a usable teacher input (a
             video with no face, say). Distillation terms use only these rows;
-            the task term uses all. An all-False mask gives zero distillation.
+            the task term uses all. With fewer than two such rows the
+            distillation terms are zero for the batch.
 
         Returns
         -------
@@ -144,11 +145,17 @@ class Distiller(torch.nn.Module):
                 rest = None if labels is None else labels.reshape(mask.shape[0], -1)[~mask]
                 share = kept / mask.shape[0]
                 terms["task"] = (1.0 - share) * 0.5 * self._task(student[~mask], rest)
-            if kept == 0:
-                # A zero that still touches every trainable parameter, so
-                # DDP's gradient reduction sees them used this step.
-                trainable = [p.sum() for p in self.parameters() if p.requires_grad]
-                terms[self.term_name] = 0.0 * sum(trainable) if trainable else student.new_zeros(())
+            if kept < 2:
+                # Too few teacher rows to distil (a BatchNorm in the head
+                # needs two). Every collective op still runs, as on the other
+                # DDP ranks (SyncBatchNorm in the head, the weighter's
+                # all-reduce), and the zero term touches every trainable
+                # parameter so DDP's gradient reduction sees them used.
+                projected = self.project(teacher)
+                if self.weighter is not None:
+                    self.weighter.skip_batch()
+                touched = [p.sum() for p in self.loss.parameters() if p.requires_grad]
+                terms[self.term_name] = 0.0 * (projected.sum() + sum(touched))
                 return terms
             if kept < mask.shape[0]:
                 student, teacher = student[mask], teacher[mask]

@@ -90,9 +90,11 @@ class QualityWeighter(torch.nn.Module):
         stats = torch.stack(
             [quality.new_tensor(float(quality.numel())), quality.sum(), quality.pow(2).sum()]
         )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _distributed():
             torch.distributed.all_reduce(stats)
         count, total, total_sq = stats
+        if count == 0:
+            return
         mean = total / count
         var = (total_sq / count - mean * mean).clamp_min(0.0)
         std = var.sqrt()
@@ -104,6 +106,21 @@ class QualityWeighter(torch.nn.Module):
             self.running_mean[slot] = (1 - m) * self.running_mean[slot] + m * mean
             self.running_std[slot] = (1 - m) * self.running_std[slot] + m * std
         self.num_batches_tracked[slot] += 1
+
+    @torch.no_grad()
+    def skip_batch(self):
+        """Takes part in the statistics' all-reduce with an empty batch.
+
+        Under DDP every rank must join the same collective calls: a rank whose
+        batch has no usable teacher row calls this instead of ``forward``.
+        Without DDP, or in eval mode, it does nothing.
+        """
+        if not (self.training and _distributed()):
+            return
+        device = self.running_mean.device
+        for slot, source in ((0, "teacher"), (1, "student")):
+            if self.source in (source, "both"):
+                self._update(torch.zeros(0, device=device), slot)
 
     def forward(self, teacher=None, student=None):
         """Returns detached, non-negative weights ``[batch]``.
@@ -143,3 +160,7 @@ class QualityWeighter(torch.nn.Module):
             f"source={self.source}, w_base={self.w_base}, h={self.h:.4g}, "
             f"momentum={self.momentum}, max_weight={self.max_weight}"
         )
+
+
+def _distributed():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -76,6 +76,7 @@ def test_mask_drops_rows_without_teacher():
     terms = distiller(s, t, mask=torch.tensor([True, False, True]))
     assert terms["soft_feature"].item() == pytest.approx((1 + 4) / 2)
     assert distiller(s, t, mask=torch.zeros(3, dtype=torch.bool))["soft_feature"].item() == 0.0
+    assert distiller(s, t, mask=torch.tensor([False, False, True]))["soft_feature"].item() == 0.0
     with pytest.raises(ValueError, match="mask has 2 entries for a batch of 3"):
         distiller(s, t, mask=torch.tensor([True, False]))
 
@@ -135,3 +136,14 @@ def test_plain_student_without_distillation():
     assert terms["task"].item() == pytest.approx(torch.nn.functional.cross_entropy(head(s), y).item())
     with pytest.raises(ValueError, match="with loss=None a task_loss is needed"):
         Distiller(None)
+
+
+def test_single_teacher_row_with_batchnorm_head_still_touches_parameters():
+    distiller = Distiller("soft_feature", projection=ProjectionHead(teacher_dim=4, student_dim=3),
+                          weighter=QualityWeighter())
+    s = torch.randn(3, 3, requires_grad=True)
+    terms = distiller(s, torch.randn(3, 4), mask=torch.tensor([True, False, False]))
+    terms["soft_feature"].backward()
+    assert terms["soft_feature"].item() == 0.0
+    assert all(p.grad is not None for p in distiller.projection.parameters())
+    assert int(distiller.weighter.num_batches_tracked[0]) == 0
