@@ -164,6 +164,7 @@ import numpy as np
 import soundfile as sf
 import scipy.fft
 from scipy import signal as sps
+from speechbrain_xmkd.fileio import atomic_write_bytes, remove_partial_files, write_if_changed
 
 logger = logging.getLogger(__name__)
 
@@ -1380,36 +1381,6 @@ def _render_face_task(task):
 # --------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _remove_partial_files(data_folder):
-    """Deletes what an interrupted run left half-written."""
-    for sub in ("wav", "faces", "noise", ""):
-        top = os.path.join(data_folder, sub)
-        walker = os.walk(top) if sub else [(top, [], os.listdir(top))]
-        for base, _, files in walker:
-            for name in files:
-                if name.endswith(".partial"):
-                    os.remove(os.path.join(base, name))
-
-
-def _write_if_changed(path, text):
-    """Writes ``text`` unless the file already holds it; True if written."""
-    data = text.encode("utf-8")
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-    _atomic_write_bytes(path, data)
-    return True
-
-
 def _wav_bytes(samples, sr):
     buf = io.BytesIO()
     sf.write(buf, samples, sr, format="WAV", subtype="PCM_16")
@@ -1441,14 +1412,14 @@ def _run_task(task):
     if task["kind"] == "face":
         rgb = _render_face_task(task)
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        _atomic_write_bytes(task["path"], png.tobytes())
+        atomic_write_bytes(task["path"], png.tobytes())
     elif task["kind"] == "wav":
-        _atomic_write_bytes(
+        atomic_write_bytes(
             task["path"],
             _wav_bytes(_render_utterance(task), task["sample_rate"]),
         )
     else:
-        _atomic_write_bytes(
+        atomic_write_bytes(
             task["path"],
             _wav_bytes(_render_noise_file(task), task["sample_rate"]),
         )
@@ -1585,7 +1556,7 @@ def _check_params_file(path, params):
                 f"data_folder {os.path.dirname(path)!r} holds a synthetic corpus generated with "
                 f"different parameters ({', '.join(diff)}); use another data_folder or delete it"
             )
-    _write_if_changed(path, text)
+    write_if_changed(path, text)
 
 
 def _fmt(x):
@@ -1699,7 +1670,7 @@ def prepare_synthetic(
         os.path.join(data_folder, "synthetic_params.json"), data_params
     )
 
-    _remove_partial_files(data_folder)
+    remove_partial_files(data_folder)
 
     # Identities, sessions, utterances.
     train_ids, test_ids = _speaker_ids(n_train_speakers, n_test_speakers)
@@ -1837,7 +1808,7 @@ def prepare_synthetic(
         TRIAL_FILE: "".join(f"{lab} {a} {b}\n" for lab, a, b in trials),
     }
     for name, text in text_files.items():
-        if _write_if_changed(os.path.join(data_folder, name), text):
+        if write_if_changed(os.path.join(data_folder, name), text):
             files_written.append(name)
 
     # CSV files, computed from the wav files as the real prep does.
@@ -1867,7 +1838,7 @@ def prepare_synthetic(
             for key in keys
         ]
     for name, rows in csv_rows.items():
-        _write_if_changed(
+        write_if_changed(
             os.path.join(save_folder, f"{name}.csv"), _csv_text(rows)
         )
     noise_rows = [
@@ -1879,7 +1850,7 @@ def prepare_synthetic(
         ]
         for rel, kind in noise_files
     ]
-    _write_if_changed(
+    write_if_changed(
         os.path.join(save_folder, "noise.csv"),
         _csv_text(noise_rows, ["ID", "duration", "wav", "noise_type"]),
     )
@@ -1938,7 +1909,7 @@ def prepare_synthetic(
             "accent",
         ],
     }
-    _write_if_changed(
+    write_if_changed(
         os.path.join(save_folder, "synthetic_report.json"),
         json.dumps(report, indent=2) + "\n",
     )

@@ -85,6 +85,7 @@ import soundfile
 
 from speechbrain_xmkd.audio import AudioError, audio_info
 from speechbrain_xmkd.teachers.align import center_crop_face, read_middle_frame
+from speechbrain_xmkd.fileio import atomic_write_bytes, write_if_changed
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def prepare_voxceleb2(
     for split, part in (("train", train_utts), ("dev", dev_utts)):
         if split in splits:
             rows[split] = _csv_rows(part, faces, data_folder)
-            _write_if_changed(os.path.join(save_folder, f"{split}.csv"), _csv_text(rows[split]))
+            write_if_changed(os.path.join(save_folder, f"{split}.csv"), _csv_text(rows[split]))
 
     statuses = {s: sorted(k for k, v in faces.items() if v["status"] == s) for s in ("found", "fallback", "failed")}
     report = {
@@ -293,9 +294,9 @@ def prepare_voxceleb2(
         "rows": {split: len(r) for split, r in rows.items()},
         "options": {**opts, "verification_files": verification_files},
     }
-    _write_if_changed(os.path.join(save_folder, REPORT_FILE), json.dumps(report, indent=2) + "\n")
+    write_if_changed(os.path.join(save_folder, REPORT_FILE), json.dumps(report, indent=2) + "\n")
     # Written last: an interrupted run never looks finished.
-    _write_if_changed(opt_path, json.dumps(opts, indent=2, sort_keys=True) + "\n")
+    write_if_changed(opt_path, json.dumps(opts, indent=2, sort_keys=True) + "\n")
     logger.info(
         "VoxCeleb2 prep: %d speakers, %d videos (%d faces, %d fallbacks, %d failures), "
         "%d skipped wavs, rows %s",
@@ -728,7 +729,7 @@ def _make_face(task):
     ok, data = cv2.imencode(".png", cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
     if not ok:
         return key, {"status": "failed", "png": None, "mp4": mp4, "reason": "PNG encoding failed"}
-    _atomic_write_bytes(png, data.tobytes())
+    atomic_write_bytes(png, data.tobytes())
     return key, {"status": "found" if found else "fallback", "png": png, "mp4": mp4, "reason": None}
 
 
@@ -940,8 +941,8 @@ def prepare_voxceleb1_trials(voxceleb1_folder, trial_files, save_folder):
             rows.append([rel[: -len(".wav")], str(frames / SAMPLERATE), f"{DATA_ROOT}/wav/{rel}", 0, frames, rel.split("/")[0]])
         trials_path = os.path.join(save_folder, f"trials_{name}.txt")
         csv_path = os.path.join(save_folder, f"enrol_test_{name}.csv")
-        _write_if_changed(trials_path, "".join(f"{lab} {a} {b}\n" for lab, a, b, _ in trials))
-        _write_if_changed(csv_path, _csv_text(rows, TRIAL_CSV_HEADER))
+        write_if_changed(trials_path, "".join(f"{lab} {a} {b}\n" for lab, a, b, _ in trials))
+        write_if_changed(csv_path, _csv_text(rows, TRIAL_CSV_HEADER))
         out[name] = {"trials": trials_path, "csv": csv_path, "trials_count": len(trials), "utterances": len(rows)}
         logger.info("VoxCeleb1 list %s: %d trials, %d utterances", name, len(trials), len(rows))
     return out
@@ -1006,30 +1007,6 @@ def _csv_text(rows, header=CSV_HEADER):
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def _atomic_write_bytes(path, data):
-    """Writes to a hidden temporary name, then renames: never a half file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}{PARTIAL}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_if_changed(path, text):
-    """Writes ``text`` unless the file already holds it (mtimes stay put)."""
-    data = text.encode("utf-8")
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-    _atomic_write_bytes(path, data)
-    return True
 
 
 def main(argv=None):
