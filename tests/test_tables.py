@@ -31,7 +31,8 @@ def _load(yaml_file, overrides):
 
 @pytest.mark.parametrize("table, row", ROWS, ids=[f"{t}-{run_table.slug(r['name'])}" for t, r in ROWS])
 def test_row_builds_the_right_objective(table, row):
-    overrides = {k: str(v).format(**SUBST) if isinstance(v, str) else v
+    # As on the command line: the substituted text is parsed as yaml.
+    overrides = {k: yaml.safe_load(str(v).format(**SUBST)) if isinstance(v, str) else v
                  for k, v in row["overrides"].items()}
     hparams = _load(RECIPE / "hparams" / "resnet34_xmkd.yaml", {**DUMMY, **overrides})
     distiller = hparams["distiller"]
@@ -62,7 +63,7 @@ def test_unknown_method_lists_valid_ones():
         _load(RECIPE / "hparams" / "resnet34_xmkd.yaml", {**DUMMY, "method": "hinton"})
 
 
-@pytest.mark.parametrize("student", ["resnet34_half", "resnet34_full", "ecapa", "xvector"])
+@pytest.mark.parametrize("student", ["resnet34_half", "resnet34_full", "resnet_sb", "ecapa", "xvector"])
 def test_students_and_task_losses(student):
     hparams = _load(RECIPE / "hparams" / "resnet34_xmkd.yaml",
                     {**DUMMY, "student": student, "task": "angleproto_softmax", "emb_dim": 64})
