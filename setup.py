@@ -45,6 +45,12 @@ setup(
             "open_clip_torch>=2.24",
         ],
     },
+    entry_points={
+        "console_scripts": [
+            "xmkd-verify=speechbrain_xmkd.cli:verify",
+            "xmkd-embed=speechbrain_xmkd.cli:embed",
+        ],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Multimedia :: Sound/Audio :: Speech",
