@@ -28,6 +28,14 @@ What the yaml provides (``hparams``):
 - ``lr_annealing`` (``epoch -> (old, new)``), ``train_logger``,
   ``error_stats``, ``checkpointer``; optional ``ckpt_key`` (default
   ``"ErrorRate"``, lower is better) and ``keep_checkpoints`` (default 1).
+- ``valid_verification`` (optional): ``callable(brain, epoch) -> dict`` of
+  extra validation stats, e.g. an
+  :class:`~speechbrain_xmkd.evaluation.EpochVerifier` giving the test-set
+  ``EER`` per epoch for the training curves (Fig. 6).
+
+The train log has ``ErrorRate`` for training too (the classifier's argmax
+on the training batches, margin-free), so ``1 - ErrorRate`` is the
+training accuracy of Fig. 6.
 """
 
 import logging
@@ -153,11 +161,16 @@ class XMKDBrain(sb.core.Brain):
         if mask is not None:
             self.missing_teacher += (~mask).sum()
 
-        if stage != sb.Stage.TRAIN:
-            with torch.no_grad():
-                logits = self.hparams.classifier(embeddings)
-            if logits.dim() == 3:
-                logits = logits.squeeze(1)
+        with torch.no_grad():
+            logits = self.hparams.classifier(embeddings.detach())
+        if logits.dim() == 3:
+            logits = logits.squeeze(1)
+        if stage == sb.Stage.TRAIN:
+            # Training accuracy (Fig. 6) as a running count on the device:
+            # no host sync per step, no per-sample list over a long epoch.
+            self.train_errors += (logits.argmax(dim=-1) != labels.reshape(-1)).sum()
+            self.train_samples += labels.numel()
+        else:
             ids = getattr(batch, "id", None)
             self.error_metrics.append(
                 ids if ids is not None else list(range(len(labels))),
@@ -170,6 +183,8 @@ class XMKDBrain(sb.core.Brain):
         self.term_totals = {}
         self.term_count = 0
         self.missing_teacher = torch.zeros((), dtype=torch.long, device=self.device)
+        self.train_errors = torch.zeros((), dtype=torch.long, device=self.device)
+        self.train_samples = 0
         if stage != sb.Stage.TRAIN:
             self.error_metrics = self.hparams.error_stats()
 
@@ -183,6 +198,8 @@ class XMKDBrain(sb.core.Brain):
             stats["no_teacher"] = missing
         if stage != sb.Stage.TRAIN:
             stats["ErrorRate"] = self.error_metrics.summarize("average")
+        elif self.train_samples:
+            stats["ErrorRate"] = float(self.train_errors) / self.train_samples
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -198,6 +215,9 @@ class XMKDBrain(sb.core.Brain):
                 )
             return
         if stage == sb.Stage.VALID:
+            verifier = getattr(self.hparams, "valid_verification", None)
+            if verifier is not None:
+                stats.update(verifier(self, epoch))
             stats_meta = {"epoch": epoch}
             annealing = getattr(self.hparams, "lr_annealing", None)
             if annealing is not None:

@@ -262,7 +262,8 @@ def run_on_main_and_return(brain, hparams, trial_file):
     """Scores the trial list with the best checkpoint (main process only)."""
     if not sb.utils.distributed.if_main_process():
         return None
-    brain.checkpointer.recover_if_possible(min_key=getattr(brain.hparams, "ckpt_key", "ErrorRate"))
+    checkpoint = brain.checkpointer.recover_if_possible(min_key=getattr(brain.hparams, "ckpt_key", "ErrorRate"))
+    # With the checkpoint, the embeddings are cached where evaluate.py finds them.
     results = evaluate_trials(
         brain,
         trial_file,
@@ -273,6 +274,7 @@ def run_on_main_and_return(brain, hparams, trial_file):
         n_crops=hparams.get("test_n_crops", 10),
         batch_size=hparams.get("test_batch_size", 32),
         name=hparams.get("trial_set_name", "trials"),
+        checkpoint=checkpoint,
     )
     brain.hparams.train_logger.log_stats(
         stats_meta={"verification": Path(trial_file).name},
