@@ -20,9 +20,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The speaker recipe end to end on the embedded audio-visual corpus: generate
-# it, train the small face teacher, distil into a speech student, score trials.
+# it, train the small face teacher, distil into a speech student, then evaluate
+# (clean and noisy trials, face-voice matching; results.json and results.md).
 demo: $(STAMP)
 	$(BIN)/python recipes/VoxCeleb/train.py recipes/VoxCeleb/hparams/synthetic_xmkd.yaml $(DEMO_ARGS)
+	$(BIN)/python recipes/VoxCeleb/evaluate.py recipes/VoxCeleb/hparams/synthetic_xmkd.yaml $(DEMO_ARGS)
 
 # The library alone: distillation objects from a yaml on random tensors.
 demo-library: $(STAMP)
@@ -32,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/loss_overhead.py
 	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/scoring.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
