@@ -154,3 +154,51 @@ class ProjectionHead(torch.nn.Module):
         if self.alpha == 1.0:
             return kept
         return self.alpha * kept + (1.0 - self.alpha) * self.mlp(x)
+
+
+class FixedProjection(torch.nn.Module):
+    """The raw teacher embedding at the student's width, with nothing trained.
+
+    Identity when the widths are equal; otherwise the same fixed, seeded
+    semi-orthogonal map as :class:`ProjectionHead`'s skip path (an isometry
+    when the teacher is narrower), so distances and angles between teacher
+    embeddings are kept. Baselines distil from this "raw" ``F_T`` when a
+    loss needs equal widths (CLIP, CCL) and the teacher's differs.
+
+    Arguments
+    ---------
+    teacher_dim : int
+        Width of ``E_T``.
+    student_dim : int
+        Width of ``F_S``.
+    seed : int
+        Seed of the map when the widths differ.
+
+    Example
+    -------
+    >>> x = torch.randn(4, 3)
+    >>> torch.equal(FixedProjection(3, 3)(x), x)
+    True
+    >>> y = FixedProjection(3, 5)(x)
+    >>> y.shape, torch.allclose(y.norm(dim=1), x.norm(dim=1), atol=1e-5)
+    (torch.Size([4, 5]), True)
+    """
+
+    def __init__(self, teacher_dim, student_dim, seed=0):
+        super().__init__()
+        self.teacher_dim = int(teacher_dim)
+        self.student_dim = int(student_dim)
+        if self.teacher_dim == self.student_dim:
+            self.skip = None
+        else:
+            self.register_buffer("skip", semi_orthogonal(self.student_dim, self.teacher_dim, seed))
+
+    def forward(self, teacher_embedding):
+        """``[batch, teacher_dim]`` -> ``[batch, student_dim]``."""
+        x = as_rows(teacher_embedding, "teacher_embedding")
+        if x.shape[1] != self.teacher_dim:
+            raise ValueError(
+                f"FixedProjection expects teacher embeddings of width {self.teacher_dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x if self.skip is None else x @ self.skip.T.to(x.dtype)
