@@ -9,8 +9,8 @@ every run's ``results.json``. A run's folder is named by its overrides,
 leaving out those equal to the yaml's own value, so rows that repeat a run
 (Table 8 reuses Table 7; alpha 0.6 is "Ours (feature)") share one folder
 and are trained once; a folder that already has ``results.json`` is skipped
-(rerun = resume). Same command shape as ``recipes/VoxCeleb/run_table.py``,
-whose helpers it reuses.
+(rerun = resume). Same command shape as ``recipes/VoxCeleb/run_table.py``; the shared
+pieces live in :mod:`speechbrain_xmkd.tables`.
 
     python recipes/CIFAR100/run_table.py table7 recipes/CIFAR100/hparams/cifar100_resnet18_xmkd.yaml \
         --output_root results/cifar100_r18 -- --data_folder /data/cifar100
@@ -21,25 +21,30 @@ devices, precision, tiny-run overrides).
 """
 
 import argparse
-import importlib.util
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+from speechbrain_xmkd.tables import (
+    add_runner_arguments,
+    load_tables as _load_tables,
+    run_row,
+    select_rows,
+    slug,  # noqa: F401  (part of this script's interface, used by the tests)
+    split_passthrough,
+    train_command,
+    yaml_value,
+)
+
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("voxceleb_run_table", HERE.parent / "VoxCeleb" / "run_table.py")
-_voxceleb = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_voxceleb)
-slug, yaml_value = _voxceleb.slug, _voxceleb.yaml_value
 
 LEADING = ("method", "projection", "quality")
 
 
 def load_tables(path=HERE / "tables.yaml"):
     """Reads ``tables.yaml``: ``{table: {"title", "hparams", "rows": [{"name", "overrides"}]}}``."""
-    return _voxceleb.load_tables(path)
+    return _load_tables(path)
 
 
 def _same(value, default):
@@ -68,10 +73,7 @@ def run_folder(root, hparams_file, overrides):
 
 def row_command(hparams_file, overrides, output_folder, extra_args, launcher):
     """The command line that trains one run."""
-    command = shlex.split(launcher) if launcher else [sys.executable]
-    command += [str(HERE / "train.py"), str(hparams_file), f"--output_folder={output_folder}"]
-    command += [f"--{key}={value}" for key, value in overrides.items()]
-    return command + list(extra_args)
+    return train_command(HERE / "train.py", hparams_file, output_folder, overrides, extra_args, launcher)
 
 
 def results_row(name, results_file):
@@ -86,28 +88,12 @@ def results_row(name, results_file):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", help="a table of tables.yaml, e.g. table7")
-    parser.add_argument("hparams_file")
-    parser.add_argument("--output_root", default="results/image_tables")
-    parser.add_argument("--launcher", default="", help='e.g. "torchrun --nproc_per_node=4"')
-    parser.add_argument("--rows", default="", help="comma-separated row numbers (1-based) to run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    argv = sys.argv[1:] if argv is None else argv
-    extra = []
-    if "--" in argv:
-        extra = argv[argv.index("--") + 1 :]
-        argv = argv[: argv.index("--")]
+    add_runner_arguments(parser, default_root="results/image_tables")
+    argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-
-    tables = load_tables()
-    if args.table not in tables:
-        parser.error(f"unknown table '{args.table}'; valid: {', '.join(tables)}")
-    table = tables[args.table]
+    table, rows = select_rows(parser, load_tables(), args.table, args.rows)
     if table.get("hparams") and Path(args.hparams_file).name not in table["hparams"]:
         print(f"note: the paper ran {args.table} with {', '.join(table['hparams'])}", file=sys.stderr)
-    rows = table["rows"]
-    if args.rows:
-        rows = [rows[int(i) - 1] for i in args.rows.split(",")]
 
     failed, done = [], set()
     for row in rows:
@@ -115,14 +101,11 @@ def main(argv=None):
         command = row_command(
             args.hparams_file, run_overrides(args.hparams_file, row["overrides"]), folder, extra, args.launcher
         )
-        print(shlex.join(command), flush=True)
-        if args.dry_run or folder in done:
+        if folder in done:  # a row that repeats a run already trained here
+            print(shlex.join(command), flush=True)
             continue
         done.add(folder)
-        if (folder / "results.json").exists():
-            print(f"  {row['name']}: results.json exists, skipped", flush=True)
-            continue
-        if subprocess.run(command).returncode != 0:
+        if not run_row(row["name"], folder, command, args.dry_run):
             failed.append(row["name"])
 
     lines = [f"## {table['title']}", "", f"Runs of `{Path(args.hparams_file).name}`.", ""]

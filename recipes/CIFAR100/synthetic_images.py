@@ -122,7 +122,6 @@ def render(colour, texture, shape, rng, size=32):
     >>> image.shape, image.dtype
     ((32, 32, 3), dtype('uint8'))
     """
-    big = size * SCALE
     grey = rng.uniform(90, 200)
     background = np.clip(grey + rng.normal(0, 12, 3), 0, 255).astype(np.float32)
     main = np.clip(np.array(COLOURS[colour], np.float32) * rng.uniform(0.8, 1.1), 0, 255)

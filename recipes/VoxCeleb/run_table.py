@@ -20,36 +20,27 @@ precision, tiny-run overrides).
 
 import argparse
 import json
-import re
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from speechbrain_xmkd.tables import (
+    add_runner_arguments,
+    load_tables,
+    run_row,
+    select_rows,
+    slug,
+    split_passthrough,
+    train_command,
+    yaml_value,
+)
 
 HERE = Path(__file__).resolve().parent
 
 
-def load_tables(path=HERE / "tables.yaml"):
-    """Reads ``tables.yaml``: ``{table: {"title": str, "rows": [{"name", "overrides"}]}}``."""
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
-
-
-def slug(name):
-    """A folder name for a row: ``"Ours (feature+quality)"`` -> ``ours_feature_quality``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def row_command(hparams_file, row, output_folder, extra_args, launcher, substitutions):
-    """The command line that trains one row."""
-    command = shlex.split(launcher) if launcher else [sys.executable]
-    command += [str(HERE / "train.py"), str(hparams_file), f"--output_folder={output_folder}"]
-    for key, value in row["overrides"].items():
-        value = str(value).format(**substitutions)
-        command.append(f"--{key}={value}")
-    return command + list(extra_args)
+    """The command line that trains one row (``{placeholders}`` filled from ``substitutions``)."""
+    overrides = {key: str(value).format(**substitutions) for key, value in row["overrides"].items()}
+    return train_command(HERE / "train.py", hparams_file, output_folder, overrides, extra_args, launcher)
 
 
 def results_row(name, results_file, trial_set):
@@ -65,28 +56,13 @@ def results_row(name, results_file, trial_set):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", help="a table of tables.yaml, e.g. table1")
-    parser.add_argument("hparams_file")
-    parser.add_argument("--output_root", default="results/tables")
+    add_runner_arguments(parser, default_root="results/tables")
     parser.add_argument("--trial_set", default=None, help="results.json key (default: the yaml's trial_set_name)")
-    parser.add_argument("--launcher", default="", help='e.g. "torchrun --nproc_per_node=4"')
     parser.add_argument("--weak_teacher_folder", default="", help="train_face_teacher.py output (Table 2's weak teacher)")
-    parser.add_argument("--rows", default="", help="comma-separated row numbers (1-based) to run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    argv = sys.argv[1:] if argv is None else argv
-    extra = []
-    if "--" in argv:
-        extra = argv[argv.index("--") + 1 :]
-        argv = argv[: argv.index("--")]
+    argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    table, rows = select_rows(parser, load_tables(HERE / "tables.yaml"), args.table, args.rows)
 
-    tables = load_tables()
-    if args.table not in tables:
-        parser.error(f"unknown table '{args.table}'; valid: {', '.join(tables)}")
-    table = tables[args.table]
-    rows = table["rows"]
-    if args.rows:
-        rows = [rows[int(i) - 1] for i in args.rows.split(",")]
     needs_weak = any("{weak_teacher_folder}" in str(r["overrides"].values()) for r in rows)
     substitutions = {"weak_teacher_folder": args.weak_teacher_folder, "weak_teacher_dim": ""}
     if needs_weak and not args.dry_run:
@@ -101,17 +77,8 @@ def main(argv=None):
     failed = []
     for row in rows:
         folder = root / slug(row["name"])
-        command = row_command(
-            args.hparams_file, row, folder, extra, args.launcher,
-            substitutions,
-        )
-        print(shlex.join(command), flush=True)
-        if args.dry_run:
-            continue
-        if (folder / "results.json").exists():
-            print(f"  {row['name']}: results.json exists, skipped", flush=True)
-            continue
-        if subprocess.run(command).returncode != 0:
+        command = row_command(args.hparams_file, row, folder, extra, args.launcher, substitutions)
+        if not run_row(row["name"], folder, command, args.dry_run):
             failed.append(row["name"])
 
     lines = [f"## {table['title']}", "", f"| method | EER ({trial_set}) | minDCF |", "|---|---|---|"]
@@ -124,17 +91,6 @@ def main(argv=None):
         print(f"failed rows: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def yaml_value(hparams_file, key):
-    """A top-level scalar of a hyperpyyaml file, read without building it."""
-    pattern = re.compile(rf"^{re.escape(key)}:\s*([^\s#]+)")
-    with open(hparams_file, encoding="utf-8") as handle:
-        for line in handle:
-            match = pattern.match(line)
-            if match:
-                return match.group(1)
-    return None
 
 
 if __name__ == "__main__":
