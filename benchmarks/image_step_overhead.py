@@ -22,7 +22,6 @@ training steps of the same student.
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from speechbrain_xmkd.distill import SharedClassifierLoss, SoftFeatureLoss
 from speechbrain_xmkd.image_models import CompactResNet, ResNetEmbedding
 from speechbrain_xmkd.teachers.prompts import CLIP_IMAGENET_TEMPLATES, TemplateSampler, build_prompts
 from speechbrain_xmkd.teachers.text_cache import PromptEmbeddings
+from interleaved import time_interleaved  # noqa: E402  (benchmarks/interleaved.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = {
@@ -45,10 +45,6 @@ STUDENTS = {
     "resnet34": (lambda: ResNetEmbedding(34), 224),
 }
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def part1(args, device):
@@ -122,18 +118,7 @@ def part1(args, device):
             steps["no cache"] = make_step(objectives["feature+q"], online)
         except ImportError as err:
             print(f"(no 'no cache' row: {err})")
-    for step in steps.values():  # warm-up (allocator, cudnn autotune)
-        for _ in range(2):
-            step()
-    sync(device)
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):  # interleaved: drift hits every variant alike
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = time_interleaved(steps, device, args.repeats)
     print(
         f"\nPart 1: {args.student} student ({size}x{size}), batch {args.batch}, {args.classes} classes, "
         f"teacher {args.teacher_dim}-d x {templates} templates, {args.precision}, {device}, "

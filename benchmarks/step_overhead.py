@@ -18,7 +18,6 @@ against training steps/s of the same student at the same batch size.
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from speechbrain.processing.features import InputNormalization
 from speechbrain_xmkd import Distiller, ProjectionHead, QualityWeighter
 from speechbrain_xmkd.distill import SoftFeatureLoss
 from speechbrain_xmkd.teachers import IR50, FrozenTeacher
+from interleaved import time_interleaved  # noqa: E402  (benchmarks/interleaved.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,6 @@ def build_student(width, classes, device):
     student = ResNet(input_size=40, channels=channels, block_sizes=[3, 4, 6, 3], strides=[1, 2, 2, 2], lin_neurons=512)
     return student.to(device), Classifier(input_size=512, out_neurons=classes).to(device)
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def part1(args, device):
@@ -93,18 +89,7 @@ def part1(args, device):
         "cached": make_step(ours, lambda: cache.index_select(0, rows)),
         "no cache": make_step(ours, lambda: teacher(faces)),
     }
-    for step in steps.values():  # warm-up (allocator, cudnn autotune)
-        for _ in range(2):
-            step()
-    sync(device)
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):  # interleaved: drift hits all three alike
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = time_interleaved(steps, device, args.repeats)
     print(f"\nPart 1: ResNet34-{args.width} student, batch {args.batch} x 2 s, {args.classes} speakers, "
           f"{args.precision}, {device}, median of {args.repeats}")
     print(f"{'step':10} {'ms/step':>10} {'x plain':>8}")
