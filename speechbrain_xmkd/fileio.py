@@ -7,6 +7,8 @@ A crash leaves at most a ``*.partial`` file, which :func:`remove_partial_files`
 clears on the next run.
 """
 
+import csv
+import io
 import os
 import uuid
 
@@ -85,3 +87,18 @@ def remove_partial_files(folder):
                 os.remove(os.path.join(base, name))
                 removed += 1
     return removed
+
+
+def csv_text(rows, header):
+    """The text of a CSV file (``\\n`` line ends), for :func:`write_if_changed`.
+
+    Example
+    -------
+    >>> csv_text([["a", 1], ["b,c", 2]], ["ID", "n"])
+    'ID,n\\na,1\\n"b,c",2\\n'
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

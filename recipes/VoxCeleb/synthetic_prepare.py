@@ -149,7 +149,6 @@ Example
 """
 
 import argparse
-import csv
 import functools
 import io
 import json
@@ -164,7 +163,7 @@ import numpy as np
 import soundfile as sf
 import scipy.fft
 from scipy import signal as sps
-from speechbrain_xmkd.fileio import atomic_write_bytes, remove_partial_files, write_if_changed
+from speechbrain_xmkd.fileio import atomic_write_bytes, csv_text, remove_partial_files, write_if_changed
 
 logger = logging.getLogger(__name__)
 
@@ -1427,11 +1426,7 @@ def _run_task(task):
 
 
 def _csv_text(rows, header=CSV_HEADER):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_text(rows, header)
 
 
 def _get_chunks(seg_dur, audio_id, audio_duration):

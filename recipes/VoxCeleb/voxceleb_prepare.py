@@ -67,7 +67,6 @@ import argparse
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -85,7 +84,7 @@ import soundfile
 
 from speechbrain_xmkd.audio import AudioError, audio_info
 from speechbrain_xmkd.teachers.align import center_crop_face, read_middle_frame
-from speechbrain_xmkd.fileio import atomic_write_bytes, write_if_changed
+from speechbrain_xmkd.fileio import atomic_write_bytes, csv_text, write_if_changed
 
 logger = logging.getLogger(__name__)
 
@@ -1002,11 +1001,7 @@ def _sha256(path):
 
 
 def _csv_text(rows, header=CSV_HEADER):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_text(rows, header)
 
 
 def main(argv=None):
